@@ -27,8 +27,15 @@ class Checkpointer:
             cleanup_tmp_directories=True, create=True),
         item_names=('state', 'data', 'meta'))
 
+  def good_steps(self) -> list[int]:
+    """Steps whose directory orbax finalised (a copied or half-written step dir lacks
+    `_CHECKPOINT_METADATA`; orbax's own temporary dirs are never listed)."""
+    return sorted(s for s in self.manager.all_steps()
+                  if os.path.exists(os.path.join(self.directory, str(s), '_CHECKPOINT_METADATA')))
+
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    steps = self.good_steps()
+    return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, data_state: Any = None, meta: Any = None) -> None:
     """Saves (asynchronously) unless `step` is already saved."""

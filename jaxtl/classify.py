@@ -35,9 +35,11 @@ def make_preprocess(mean, std, augment: Any = None) -> Callable:
 
   def preprocess(images, rngs: nnx.Rngs | None = None):
     if name == 'randaugment' and rngs is not None:
+      # On CPU a per-example loop runs only the chosen ops; vmap runs all 14 and selects.
       images = randaugment.randaugment_batch(
           rngs.augment(), images, num_ops=augment['num_ops'], magnitude=augment['magnitude'],
-          random_magnitude=augment['random_magnitude'])
+          random_magnitude=augment['random_magnitude'],
+          sequential=jax.default_backend() == 'cpu')
     return (images.astype(jnp.float32) / 255.0 - mean) / std
   return preprocess
 

@@ -78,8 +78,11 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> tuple[Sequenc
   else:
     try:
       builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # DatasetNotFoundError and friends.
-      raise ValueError(f'Unknown TFDS dataset {name!r}: {e}') from None
+    except tfds.core.registered.DatasetNotFoundError:
+      import difflib
+      close = difflib.get_close_matches(name, tfds.list_builders() + ['digits'], n=3)
+      raise ValueError(f'Unknown TFDS dataset {name!r}. Close names: {close}. See '
+                       'https://www.tensorflow.org/datasets/catalog/overview') from None
     if not builder.is_prepared():
       raise FileNotFoundError(
           f'TFDS dataset {name!r} is not prepared in {data_dir}. Prepare it once (needs network):\n'

@@ -32,16 +32,17 @@ def path_str(path: Sequence[Any]) -> str:
   return '/'.join(parts)
 
 
-def param_paths(params: nnx.State) -> list[str]:
-  """'/'-joined paths of every leaf of an nnx.State, in flattening order."""
-  return [path_str(p) for p, _ in nnx.to_flat_state(params)]
+def param_paths(params) -> list[str]:
+  """'/'-joined paths of every leaf of an nnx.State (or nested dict), in flattening order."""
+  return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
-def resolve_rules(paths: Iterable[str], rules: Sequence[Rule]) -> dict[str, Any]:
+def resolve_rules(paths: Iterable[str], rules: Sequence[Rule], *,
+                  check_unused: bool = True) -> dict[str, Any]:
   """Maps each path to the value of the first rule whose regex matches it.
 
-  Raises ValueError for invalid rule values, rules that match no parameter,
-  and parameters no rule covers (listing them).
+  Raises ValueError for invalid rule values, rules that match no parameter
+  (if `check_unused`), and parameters no rule covers (listing them).
   """
   paths = list(paths)
   compiled = []
@@ -60,7 +61,7 @@ def resolve_rules(paths: Iterable[str], rules: Sequence[Rule]) -> dict[str, Any]
         used.add(regex)
         break
   unused = [regex for _, regex, _ in compiled if regex not in used]
-  if unused:
+  if unused and check_unused:
     raise ValueError(f'Param rule regex(es) {unused} match no parameter (or only parameters '
                      f'an earlier rule took). Example paths: {paths[:4]} ... {paths[-2:]}')
   uncovered = [p for p in paths if p not in out]
@@ -79,7 +80,7 @@ def frozen_filter(rules: Sequence[Rule], params: nnx.State):
 
 def lr_multipliers(rules: Sequence[Rule], params: nnx.State) -> nnx.State:
   """Tree like `params` (trainable only) holding each leaf's float multiplier."""
-  table = resolve_rules(param_paths(params), rules)
+  table = resolve_rules(param_paths(params), rules, check_unused=False)
   frozen = [p for p, v in table.items() if v == FROZEN]
   if frozen:
     raise ValueError(f'lr_multipliers got frozen params {frozen[:4]}; split them off first.')

@@ -71,7 +71,7 @@ def split_model(model: nnx.Module, rules: Sequence[optim.Rule] = ()):
   is_frozen = optim.frozen_filter(rules, all_params) if rules else (lambda path, _: False)
   frozen_paths = {p for p, v in nnx.to_flat_state(all_params) if is_frozen(p, v)}
   model.train()
-  for path, module in model.iter_modules():
+  for path, module in nnx.iter_modules(model):
     own = [p for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))]
     if own and all(tuple(path) + tuple(p) in frozen_paths for p in own):
       module.eval()
@@ -114,10 +114,10 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, loss_
   """
   def train_step(state: TrainState, batch: Batch, *extra):
     key = jax.random.fold_in(state.rng, state.step)
-    rngs = nnx.Rngs(dropout=jax.random.fold_in(key, 0), augment=jax.random.fold_in(key, 1))
 
     def objective(params, batch_stats):
       model = model_def.merge(params, state.frozen, batch_stats, train=True)
+      rngs = nnx.Rngs(dropout=jax.random.fold_in(key, 0), augment=jax.random.fold_in(key, 1))
       loss, metrics = loss_fn(model, batch, rngs, *extra)
       return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
@@ -134,7 +134,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, loss_
         step=state.step + 1, params=keep(params, state.params),
         batch_stats=keep(batch_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
         ema_params=None if ema is None else keep(ema, state.ema_params))
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads), 'finite': finite}
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads), 'finite': finite}
     return new_state, metrics
 
   if mesh is None:
