@@ -32,13 +32,17 @@ def make_preprocess(mean, std, augment: Any = None) -> Callable:
   name = 'none' if augment is None else augment['name']
   if name not in ('none', 'randaugment'):
     raise ValueError(f"augment.name must be 'none' or 'randaugment', got {name!r}")
+  ops = (tuple(augment.get('ops', ())) or randaugment.OPS) if augment is not None else ()
+  unknown = [op for op in ops if op not in randaugment.OPS]
+  if unknown:
+    raise ValueError(f'Unknown augmentation op(s) {unknown}; valid ops: {list(randaugment.OPS)}')
 
   def preprocess(images, rngs: nnx.Rngs | None = None):
     if name == 'randaugment' and rngs is not None:
       # On CPU a per-example loop runs only the chosen ops; vmap runs all 14 and selects.
       images = randaugment.randaugment_batch(
           rngs.augment(), images, num_ops=augment['num_ops'], magnitude=augment['magnitude'],
-          random_magnitude=augment['random_magnitude'],
+          random_magnitude=augment['random_magnitude'], ops=ops,
           sequential=jax.default_backend() == 'cpu')
     return (images.astype(jnp.float32) / 255.0 - mean) / std
   return preprocess
@@ -53,27 +57,33 @@ def classification_loss(preprocess: Callable, *, label_smoothing: float = 0.0):
   return loss_fn
 
 
-def build_model(model_cfg, info: data.DatasetInfo, *, seed: int, **overrides) -> Classifier:
-  """The model a config's `model` block describes, for dataset `info`."""
+def build_model(model_cfg, info: data.DatasetInfo, *, seed: int, name: str | None = None,
+                **overrides) -> Classifier:
+  """The model a config's `model` block describes (name / kwargs overridable), for `info`."""
   kwargs = {**dict(model_cfg.kwargs), **overrides}
   dropout = kwargs.pop('dropout', model_cfg.dropout)
-  return create_model(model_cfg.name, num_classes=info.num_classes, image_shape=info.image_shape,
-                      seed=seed, dropout=dropout, **kwargs)
+  return create_model(name or model_cfg.name, num_classes=info.num_classes,
+                      image_shape=info.image_shape, seed=seed, dropout=dropout, **kwargs)
 
 
 def train_model(config, model: Classifier, loss_fn, iterator, *, num_steps: int, workdir: str,
                 mesh: jax.sharding.Mesh, rules: Sequence[optim.Rule] = (),
-                eval_source=None, extra: tuple = (), meta: Any = None, desc: str = 'train'):
+                eval_source=None, extra: tuple = (), meta: Any = None, desc: str = 'train',
+                seed: int | None = None):
   """Trains `model` with `loss_fn` on `iterator` for `num_steps`; resumes from workdir.
+
+  `rules` (default config.param_rules) freeze / scale parameters; `seed`
+  (default config.seed) seeds dropout, stochastic depth and augmentation.
 
   Returns (state, model_def, predict): `predict(eval_variables(state), images)`
   gives eval-mode logits and features.
   """
-  model_def, params, frozen, batch_stats = train_lib.split_model(model, rules or config.param_rules)
-  multipliers = optim.lr_multipliers(rules or config.param_rules, params) if (rules or config.param_rules) else None
+  rules = tuple(rules or config.param_rules)
+  model_def, params, frozen, batch_stats = train_lib.split_model(model, rules)
+  multipliers = optim.lr_multipliers(rules, params) if rules else None
   tx = optim.make_optimizer(config.optimizer, num_steps, multipliers)
-  state = train_lib.init_state(params, frozen, batch_stats, tx, seed=config.seed,
-                               ema=config.ema_decay > 0)
+  state = train_lib.init_state(params, frozen, batch_stats, tx,
+                               seed=config.seed if seed is None else seed, ema=config.ema_decay > 0)
   step = train_lib.make_train_step(model_def, tx, loss_fn, ema_decay=config.ema_decay, mesh=mesh)
   preprocess = make_preprocess(config.data.mean, config.data.std)
   predict = train_lib.make_predict(model_def, preprocess)

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=5e-4, grad_clip_norm=0.0, warmup_steps=0, schedule='cosine')
   c.ema_decay = 0.0           # > 0 keeps an EMA of the weights, used for eval and labeling.
   c.param_rules = ()          # ((regex, lr multiplier | 'frozen'), ...), first match wins.
-  c.augment = dict(name='none', num_ops=2, magnitude=10, random_magnitude=False)
+  c.augment = dict(name='none', num_ops=2, magnitude=10, random_magnitude=False, ops=())  # () = all 14 ops.
   c.label_smoothing = 0.0
   c.batch_size = 64
   c.num_epochs = 30

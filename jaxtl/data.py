@@ -213,3 +213,27 @@ def eval_batches(source: Sequence[Record], *, batch_size: int,
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     batch['mask'] = mask
     yield batch
+
+
+class TimedIterator:
+  """Wraps a checkpointable iterator and accumulates the seconds spent in `next`."""
+
+  def __init__(self, iterator):
+    self.iterator, self.seconds = iterator, 0.0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    import time
+    start = time.perf_counter()
+    try:
+      return next(self.iterator)
+    finally:
+      self.seconds += time.perf_counter() - start
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state):
+    self.iterator.set_state(state)

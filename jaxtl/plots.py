@@ -1,0 +1,34 @@
+"""Figures saved next to experiment results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy_per_round(runs: dict, path: str, *, baseline: dict | None = None) -> str:
+  """Test accuracy per round (mean and per-seed points) for Noisy Student runs.
+
+  runs: {seed: [round result dicts with 'round' and 'test_accuracy']}.
+  baseline: same shape, drawn dashed (e.g. the noise-free pseudo-label run).
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for label, group, style in (('Noisy Student', runs, '-o'), ('pseudo-label, no noise', baseline, '--s')):
+    if not group:
+      continue
+    acc = np.array([[r['test_accuracy'] for r in rounds] for rounds in group.values()])
+    x = np.arange(acc.shape[1])
+    ax.plot(x, acc.mean(0), style, label=label)
+    for row in acc:
+      ax.plot(x, row, '.', color=ax.lines[-1].get_color(), alpha=0.4)
+  ax.set_xlabel('round (0 = supervised teacher)')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_xticks(np.arange(acc.shape[1]))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
