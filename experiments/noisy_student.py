@@ -11,19 +11,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxtl import metrics, noisy_student, plots  # noqa: E402
+from jaxtl import cli, metrics, noisy_student, plots  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the plot go.')
+_COMPARE_TO = flags.DEFINE_string(
+    'compare_to', None, 'Workdir of another finished run (e.g. the pseudo_label.py baseline) to '
+    'draw in the same plot.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  cli.setup()
   cfg = _CONFIG.value
   runs = {}
   for seed in cfg.seeds:
@@ -41,7 +44,12 @@ def main(argv):
   summary = {'seeds': list(cfg.seeds), 'rounds': {s: runs[s] for s in cfg.seeds}}
   with open(os.path.join(_WORKDIR.value, 'results.json'), 'w') as f:
     json.dump(summary, f, indent=1)
-  path = plots.accuracy_per_round(runs, os.path.join(_WORKDIR.value, 'accuracy_per_round.png'))
+  baseline = None
+  if _COMPARE_TO.value:
+    with open(os.path.join(_COMPARE_TO.value, 'results.json')) as f:
+      baseline = json.load(f)['rounds']
+  path = plots.accuracy_per_round(runs, os.path.join(_WORKDIR.value, 'accuracy_per_round.png'),
+                                  baseline=baseline)
   print(f'Plot: {path}\nResults: {os.path.join(_WORKDIR.value, "results.json")}')
 
 

@@ -9,7 +9,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxtl import classify, config as config_lib, data, metrics
+from jaxtl import classify, cli, config as config_lib, data, metrics
 from jaxtl import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
@@ -19,6 +19,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  cli.setup()
   cfg = _CONFIG.value
   data_dir = cfg.data.data_dir or None
   train_source, info = data.load(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
