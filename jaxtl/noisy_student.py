@@ -136,16 +136,19 @@ def run(config, workdir: str, *, seed: int, mesh=None, log: Callable = print) ->
   meta = lambda r: {'config': config.to_json(), 'seed': seed, 'round': r}
   log(f'seed {seed}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test_source)} test')
 
-  # Round 0: the supervised teacher.
+  # Round 0: the supervised teacher, trained here or loaded from config.teacher_checkpoint.
   teacher_model = classify.build_model(config.model, info, seed=seed)
-  teacher = _train(config, teacher_model, workdir, 0, seed, mesh, meta(0),
-                   loss_fn=classify.classification_loss(
-                       classify.make_preprocess(config.data.mean, config.data.std, config.augment),
-                       label_smoothing=config.label_smoothing),
-                   iterator=data.train_iterator(labeled, batch_size=config.batch_size, seed=seed,
-                                                num_classes=info.num_classes),
-                   num_steps=config.teacher_steps,
-                   description=f'{config.model.name} {dict(config.model.kwargs)}')
+  if config.teacher_checkpoint:
+    teacher = _load_teacher(config, teacher_model, info)
+  else:
+    teacher = _train(config, teacher_model, workdir, 0, seed, mesh, meta(0),
+                     loss_fn=classify.classification_loss(
+                         classify.make_preprocess(config.data.mean, config.data.std, config.augment),
+                         label_smoothing=config.label_smoothing),
+                     iterator=data.train_iterator(labeled, batch_size=config.batch_size, seed=seed,
+                                                  num_classes=info.num_classes),
+                     num_steps=config.teacher_steps,
+                     description=f'{config.model.name} {dict(config.model.kwargs)}')
   results = [{'round': 0, 'role': 'teacher', 'model': teacher.description,
               'params': teacher.num_params, 'test_accuracy': evaluate(teacher),
               'seconds': teacher.seconds}]
@@ -190,6 +193,17 @@ def run(config, workdir: str, *, seed: int, mesh=None, log: Callable = print) ->
     _write_json_atomic(os.path.join(round_dir, 'result.json'), results[-1])
     teacher = student
   return results
+
+
+def _load_teacher(config, model, info) -> Model:
+  """The teacher of round 1 from a jaxtl checkpoint or a torchvision/timm file (all weights)."""
+  from jaxtl import pretrained
+  count = num_params(model)
+  pretrained.load_pretrained(model, config.teacher_checkpoint, dont_load=())
+  model_def, params, frozen, batch_stats = train_lib.split_model(model)
+  predict = train_lib.make_predict(model_def, classify.make_preprocess(config.data.mean, config.data.std))
+  return Model(predict, (params, frozen, batch_stats), count,
+               f'{config.model.name} from {config.teacher_checkpoint}', {'train': 0.0, 'input': 0.0})
 
 
 def _train(config, model, workdir, round_index, seed, mesh, meta, *, loss_fn, iterator, num_steps,

@@ -141,7 +141,7 @@ def merge_weights(model: nnx.Module, weights: Mapping[str, np.ndarray | jax.Arra
                if name not in variables and not skipped(name)]
   to_load = [name for name in variables if not skipped(name)]
   for name in to_load:
-    model_shape = tuple(variables[name].value.shape)
+    model_shape = tuple(variables[name].get_value().shape)
     if name not in weights:
       problems.append(f'{name}: in the model {model_shape} but not in the checkpoint')
     elif tuple(np.shape(weights[name])) != model_shape:
@@ -150,7 +150,8 @@ def merge_weights(model: nnx.Module, weights: Mapping[str, np.ndarray | jax.Arra
     raise ValueError(f'Cannot load weights into {type(model).__name__} ({len(problems)} problem(s); '
                      f'dont_load={list(dont_load)}):\n  ' + '\n  '.join(problems))
   for name in to_load:
-    variables[name].value = jnp.asarray(weights[name], dtype=variables[name].value.dtype)
+    variable = variables[name]
+    variable.set_value(jnp.asarray(weights[name], dtype=variable.get_value().dtype))
   return to_load
 
 
@@ -172,8 +173,9 @@ def find_step_dir(path: str | os.PathLike) -> Path:
   if path.name.isdigit() and (path / 'state').is_dir():
     return path
   root = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
-  steps = [int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / 'state').is_dir()] \
-      if root.is_dir() else []
+  # Only steps orbax finalised (see jaxtl.checkpoint.Checkpointer.good_steps).
+  steps = [int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / 'state').is_dir()
+           and (d / '_CHECKPOINT_METADATA').exists()] if root.is_dir() else []
   if not steps:
     raise FileNotFoundError(f'No jaxtl checkpoint in {path}: expected a workdir with '
                             'checkpoints/<step>/state, a checkpoints dir, or a step dir.')

@@ -146,3 +146,18 @@ def test_unknown_augmentation_op_is_named(tmp_path):
   c.student.augment.ops = ('rotate', 'cutout')
   with pytest.raises(ValueError, match=r"Unknown augmentation op\(s\) \['cutout'\]"):
     noisy_student.run(c, str(tmp_path), seed=0, log=lambda *_: None)
+
+
+def test_teacher_checkpoint_is_used_and_must_match_the_classes(finished, tmp_path):
+  workdir, results = finished
+  c = tiny_config()
+  c.teacher_checkpoint = os.path.join(workdir, 'round_0')
+  c.num_rounds, c.student.kwargs = 1, ({'width': 0.5},)
+  loaded = noisy_student.run(c, str(tmp_path / 'ok'), seed=0, log=lambda *_: None)
+  assert loaded[0]['test_accuracy'] == results[0]['test_accuracy']
+  assert not os.path.exists(str(tmp_path / 'ok' / 'round_0'))  # Not retrained.
+  from jaxtl import pretrained
+  from jaxtl.models import create_model
+  other = create_model('cnn', num_classes=5, image_shape=(8, 8, 1), base_channels=8, width=0.5)
+  with pytest.raises(ValueError, match=r'head/kernel: checkpoint \(\d+, 10\) vs model \(\d+, 5\)'):
+    pretrained.load_pretrained(other, c.teacher_checkpoint, dont_load=())

@@ -22,7 +22,7 @@ def flat_vars(tree):
   """{'/'-path: np.ndarray} of the Param and BatchStat variables of a model or an nnx.State."""
   if isinstance(tree, nnx.Module):
     tree = nnx.state(tree, nnx.Any(nnx.Param, nnx.BatchStat))
-  return {path_str(p): np.asarray(v.value) for p, v in nnx.to_flat_state(tree)}
+  return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(tree)}
 
 
 def max_rel_error(a, b):
@@ -36,7 +36,7 @@ def torch_resnets(tmp_path_factory):
   """{arch: (torch model, state dict path by format, input NCHW float32, torch logits)}."""
   torch = pytest.importorskip('torch')
   from safetensors.torch import save_file
-  from torch_resnet import random_resnet  # tests/ is on sys.path (pytest rootdir-less import)
+  from torch_resnet import random_resnet  # tests/ is on sys.path (pytest's prepend import mode)
   torch.set_num_threads(2)
   out, root = {}, tmp_path_factory.mktemp('torch')
   for i, arch in enumerate(('resnet18', 'resnet50')):
@@ -84,8 +84,8 @@ def test_state_dict_formats_agree_and_convert(torch_resnets, tmp_path):
                                 sd['layer2.0.downsample.1.running_var'])
   np.testing.assert_array_equal(w['backbone/layer1/1/bn2/scale'], sd['layer1.1.bn2.weight'])
   np.testing.assert_array_equal(w['head/kernel'], sd['fc.weight'].T)
-  assert pretrained.from_torchvision_resnet({'foo.bar.weight': np.ones(3)}) == {
-      'backbone/foo/bar/scale': np.ones(3)}
+  assert list(pretrained.from_torchvision_resnet({'foo.bar.weight': np.ones(3)})) == [
+      'backbone/foo/bar/scale']
 
 
 def test_default_dont_load_keeps_new_head(torch_resnets):

@@ -19,6 +19,7 @@ def get_config():
   c.model.dropout = 0.0
   c.augment.name = 'none'
   c.teacher_steps = 300
+  c.teacher_checkpoint = ''              # A jaxtl workdir / .safetensors / .pth: skip training round 0.
   # Students (rounds 1..num_rounds): teacher kwargs overridden per round, plus noise.
   c.num_rounds = 3
   c.student = dict(
