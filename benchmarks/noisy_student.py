@@ -34,12 +34,12 @@ def main(argv):
     start = time.perf_counter()
     results = noisy_student.run(cfg, workdir, seed=_SEED.value, log=lambda *_: None)
     total = time.perf_counter() - start
-  rows, previous_end = [], 0.0
+  rows = []
   for r in results:
     s = r['seconds']
     labeling = s.get('pseudo_label', 0.0)
     wall = s['train'] + labeling
-    rows.append((r['round'], r['model'], f"{r['params']:,}", f'{wall:.1f}',
+    rows.append((r['round'], r['model'].split(' ')[0], f"{r['params']:,}", f'{wall:.1f}',
                  f"{100 * s['input'] / wall:.1f}", f'{100 * labeling / wall:.1f}',
                  f"{100 * (s['train'] - s['input']) / wall:.1f}", f"{r['test_accuracy']:.2f}"))
   print(f'backend={jax.default_backend()} devices={jax.device_count()} seed={_SEED.value} '

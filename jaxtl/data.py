@@ -80,7 +80,8 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> tuple[Sequenc
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
       import difflib
-      close = difflib.get_close_matches(name, tfds.list_builders() + ['digits'], n=3)
+      close = difflib.get_close_matches(
+          name, tfds.list_builders(with_community_datasets=False) + ['digits'], n=3)
       raise ValueError(f'Unknown TFDS dataset {name!r}. Close names: {close}. See '
                        'https://www.tensorflow.org/datasets/catalog/overview') from None
     if not builder.is_prepared():

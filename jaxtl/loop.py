@@ -115,32 +115,34 @@ def fit(state: train_lib.TrainState, train_step: Callable, iterator: Iterator, *
   pending, summary = [], {}
   bar = tqdm.tqdm(total=num_steps, initial=step, desc=desc, mininterval=2.0,
                   disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
-  with _SigtermFlag() as sigterm:
-    while step < num_steps:
-      state, metrics = train_step(state, train_lib.shard_batch(next(iterator), mesh), *extra)
-      step += 1
-      pending.append((step, metrics))
-      preempted = sigterm.raised or (checkpointer is not None and checkpointer.reached_preemption(step))
-      save = checkpointer is not None and (step % checkpoint_every == 0 or step == num_steps or preempted)
-      if save or step % log_every == 0 or step == num_steps:
-        summary = _summarise(pending, last_good)
-        pending = []
-        if writer:
-          writer.write(step, summary, prefix=f'{desc}/')
-        bar.set_postfix({k: f'{v:.4g}' for k, v in summary.items() if k in ('loss', 'accuracy')})
-      bar.update(1)
-      if save:
-        checkpointer.save(step, state, iterator.get_state(), meta)
-        last_good = step
-      if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
-        scores = eval_fn(state)
-        if writer:
-          writer.write(step, scores, prefix=f'{desc}_eval/')
-      if preempted:
-        checkpointer.wait()
-        bar.close()
-        raise Preempted(step)
-  bar.close()
-  if checkpointer is not None:
-    checkpointer.wait()
+  try:
+    with _SigtermFlag() as sigterm:
+      while step < num_steps:
+        state, metrics = train_step(state, train_lib.shard_batch(next(iterator), mesh), *extra)
+        step += 1
+        pending.append((step, metrics))
+        preempted = sigterm.raised or (checkpointer is not None and checkpointer.reached_preemption(step))
+        save = checkpointer is not None and (step % checkpoint_every == 0 or step == num_steps or preempted)
+        if save or step % log_every == 0 or step == num_steps:
+          summary = _summarise(pending, last_good)
+          pending = []
+          if writer:
+            writer.write(step, summary, prefix=f'{desc}/')
+          bar.set_postfix({k: f'{v:.4g}' for k, v in summary.items() if k in ('loss', 'accuracy')})
+        bar.update(1)
+        if save:
+          checkpointer.save(step, state, iterator.get_state(), meta)
+          last_good = step
+        if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+          scores = eval_fn(state)
+          if writer:
+            writer.write(step, scores, prefix=f'{desc}_eval/')
+        if preempted:
+          raise Preempted(step)
+  finally:
+    # Whatever ends the loop (done, NaN stop, preemption, an error), the async
+    # save in flight is finished before control leaves, so it is not lost.
+    bar.close()
+    if checkpointer is not None:
+      checkpointer.wait()
   return state

@@ -140,3 +140,27 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int,
       labels = jax.tree.map(str, multipliers)
       chain.append(optax.partition({str(v): optax.scale(v) for v in values}, labels))
   return optax.chain(*chain)
+
+
+def layerwise_lr_decay(num_layers: int, decay: float) -> list[float]:
+  """Layer-wise lr decay: multiplier decay ** (depth - i) for layer i of 0..depth.
+
+  Layer 0 is the stem, layer depth = num_layers - 1 the head (multiplier 1).
+  """
+  if num_layers < 1 or not 0.0 < decay <= 1.0:
+    raise ValueError(f'Need num_layers >= 1 and 0 < decay <= 1, got {num_layers}, {decay}')
+  depth = num_layers - 1
+  return [float(decay ** (depth - i)) for i in range(num_layers)]
+
+
+def group_rules(groups: Sequence[Sequence[str]], values: Sequence[Any]) -> tuple[Rule, ...]:
+  """One rule per group of '/'-path prefixes: ('^(?:p1|p2)/', value).
+
+  A prefix matches itself as a path component boundary, so 'units/1' does
+  not take 'units/10'.
+  """
+  if len(groups) != len(values):
+    raise ValueError(f'{len(groups)} groups but {len(values)} values')
+  regex = lambda group: (f'^{re.escape(group[0])}/' if len(group) == 1 else
+                         f'^(?:{"|".join(re.escape(p) for p in group)})/')
+  return tuple((regex(group), value) for group, value in zip(groups, values))

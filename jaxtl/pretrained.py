@@ -26,7 +26,7 @@ from flax import nnx
 from jaxtl import optim
 
 __all__ = ['load_state_dict', 'from_torchvision_resnet', 'merge_weights', 'find_step_dir',
-           'load_checkpoint_weights', 'load_pretrained']
+           'load_checkpoint_weights', 'read_weights', 'load_pretrained']
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
 SAFETENSORS_SUFFIX = '.safetensors'
@@ -218,19 +218,25 @@ def _flatten_state(tree) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ entry point
 
-def load_pretrained(model: nnx.Module, path: str | os.PathLike, *,
-                    dont_load: Sequence[str] = (r'^head/',), use_ema: bool = True) -> nnx.Module:
-  """Loads pretrained weights into `model` in place and returns it.
+def read_weights(path: str | os.PathLike, *, use_ema: bool = True) -> dict[str, np.ndarray]:
+  """Flat {jaxtl path: np.ndarray} from a jaxtl checkpoint directory or a torch ResNet file.
 
   `path` is a directory (a jaxtl workdir, its `checkpoints` dir or one step
   dir; see `load_checkpoint_weights`) or a torchvision/timm ResNet file
-  (`.safetensors`, `.pth`, `.pt`, `.bin`). `dont_load` regexes name the
-  variables that keep their init (by default the head, so the number of
-  classes may differ); see `merge_weights` for the checks.
+  (`.safetensors`, `.pth`, `.pt`, `.bin`), converted to jaxtl's names.
   """
   if Path(path).is_dir():
-    weights = load_checkpoint_weights(path, use_ema=use_ema)
-  else:
-    weights = from_torchvision_resnet(load_state_dict(path))
-  merge_weights(model, weights, dont_load=dont_load)
+    return load_checkpoint_weights(path, use_ema=use_ema)
+  return from_torchvision_resnet(load_state_dict(path))
+
+
+def load_pretrained(model: nnx.Module, path: str | os.PathLike, *,
+                    dont_load: Sequence[str] = (r'^head/',), use_ema: bool = True) -> nnx.Module:
+  """Loads pretrained weights (see `read_weights`) into `model` in place and returns it.
+
+  `dont_load` regexes name the variables that keep their init (by default
+  the head, so the number of classes may differ); see `merge_weights` for
+  the checks.
+  """
+  merge_weights(model, read_weights(path, use_ema=use_ema), dont_load=dont_load)
   return model

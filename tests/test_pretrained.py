@@ -66,6 +66,20 @@ def test_torchvision_resnet_logits_match_torch(torch_resnets, arch, fmt):
   assert err <= 1e-4
 
 
+def test_converted_resnet_is_a_distillation_teacher(torch_resnets):
+  from jaxtl import distill
+  _, files, x, expected = torch_resnets['resnet18']
+  model = create_model('resnet18', num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE, seed=3)
+  teacher = distill.load_teacher(model, files['safetensors'])
+  logits = distill.teacher_forward([teacher.model_def], [teacher.variables],
+                                   jnp.asarray(x.transpose(0, 2, 3, 1)))
+  assert logits.shape == (1, 2, NUM_CLASSES)
+  assert max_rel_error(logits[0], expected) <= 1e-4
+  with pytest.raises(ValueError, match='predict 10 classes but the student has 5'):
+    distill.load_teacher(create_model('resnet18', num_classes=5, image_shape=IMAGE_SHAPE),
+                         files['safetensors'])
+
+
 def test_state_dict_formats_agree_and_convert(torch_resnets, tmp_path):
   torch = pytest.importorskip('torch')
   model, files, _, _ = torch_resnets['resnet18']

@@ -126,8 +126,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     b['poison'] = np.full(len(b['label']), i == 7)
   step = train_lib.make_train_step(model_def, tx, poisoned)
   ckpt = Checkpointer(str(tmp_path / 'ckpt'))
-  it = data.ZipIterator()  # Placeholder state; we feed batches directly below.
-
   class ListIterator:
     def __init__(self):
       self.i = 0
@@ -139,7 +137,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     def set_state(self, s):
       self.i = s['i']
 
-  del it
   mesh = train_lib.make_mesh()
   with pytest.raises(FloatingPointError, match='at step 8.*Last good checkpoint: step 5'):
     loop.fit(state, step, ListIterator(), num_steps=12, mesh=mesh, checkpointer=ckpt,

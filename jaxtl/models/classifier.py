@@ -31,3 +31,16 @@ class Classifier(nnx.Module):
     features = self.backbone(x, rngs)
     logits = self.head(self.dropout(features, rngs=rngs))
     return (logits, features) if return_features else logits
+
+  def layer_groups(self, level: str = 'block') -> list[tuple[str, ...]]:
+    """Full parameter path prefixes per layer, input -> output; the head is the last group.
+
+    `level` 'block' (stem = layer 0, every block its own layer) or 'stage'
+    (stem, then each stage); from the backbone's own `layer_groups`, since
+    NNX state flattening sorts names ('units/10' before 'units/2').
+    """
+    if not hasattr(self.backbone, 'layer_groups'):
+      raise TypeError(f'{type(self.backbone).__name__} has no layer_groups(level) method; add one '
+                      'returning its parameter path prefixes per layer, input -> output.')
+    groups = self.backbone.layer_groups(level)
+    return [tuple(f'backbone/{p}' for p in group) for group in groups] + [('head',)]

@@ -57,3 +57,20 @@ def batch_norm(ch: int, *, rngs: nnx.Rngs, zero_init: bool = False) -> nnx.Batch
       ch, momentum=0.9, epsilon=1e-5,
       scale_init=nnx.initializers.zeros if zero_init else nnx.initializers.ones,
       rngs=rngs)
+
+
+LEVELS = ('block', 'stage')
+
+
+def group_layers(stages, level: str) -> list[tuple[str, ...]]:
+  """Layer groups from a backbone's stages, in input -> output order.
+
+  `stages`: per stage, its blocks, each a tuple of parameter path prefixes
+  relative to the backbone. level 'block': every block is its own group;
+  'stage': the blocks of a stage form one group.
+  """
+  if level == 'block':
+    return [tuple(block) for stage in stages for block in stage]
+  if level == 'stage':
+    return [tuple(p for block in stage for p in block) for stage in stages]
+  raise ValueError(f'level must be one of {LEVELS}, got {level!r}')

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates
+from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates, group_layers
 
 STAGE_BLOCKS = {
     18: ('basic', (2, 2, 2, 2)),
@@ -111,6 +111,16 @@ class ResNetBackbone(nnx.Module):
       for block in getattr(self, f'layer{i}'):
         x = block(x, rngs)
     return jnp.mean(x, axis=(1, 2))
+
+  def layer_groups(self, level: str = 'block') -> list[tuple[str, ...]]:
+    """Parameter path prefixes per layer, input -> output (see `layers.group_layers`).
+
+    Stem ('conv1', 'bn1') first; then per block 'layer<i>/<j>' ('block') or
+    per stage all blocks of 'layer<i>' ('stage').
+    """
+    stages = [[('conv1', 'bn1')]] + [
+        [(f'layer{i}/{j}',) for j in range(len(getattr(self, f'layer{i}')))] for i in range(1, 5)]
+    return group_layers(stages, level)
 
 
 def scaled_blocks(depth: int, depth_multiplier: float) -> tuple[str, tuple[int, ...]]:

@@ -7,7 +7,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates
+from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates, group_layers
 
 
 class ConvUnit(nnx.Module):
@@ -50,6 +50,15 @@ class CNNBackbone(nnx.Module):
         x = nnx.max_pool(x, (2, 2), strides=(2, 2))
     return jnp.mean(x, axis=(1, 2))
 
+  def layer_groups(self, level: str = 'block') -> list[tuple[str, ...]]:
+    """Parameter path prefixes per layer, input -> output (see `layers.group_layers`).
+
+    'block': every conv unit 'units/<i>' (unit 0 is the stem); 'stage': the
+    `depth` units of each stage.
+    """
+    units = [(f'units/{i}',) for i in range(len(self.units))]
+    return group_layers([units[i:i + self.depth] for i in range(0, len(units), self.depth)], level)
+
 
 class MLPBackbone(nnx.Module):
   """Flatten -> [Linear -> ReLU] * len(hidden)."""
@@ -65,3 +74,7 @@ class MLPBackbone(nnx.Module):
     for layer in self.layers:
       x = nnx.relu(layer(x))
     return x
+
+  def layer_groups(self, level: str = 'block') -> list[tuple[str, ...]]:
+    """Parameter path prefixes per layer, input -> output: 'layers/<i>' (block = stage)."""
+    return group_layers([[(f'layers/{i}',)] for i in range(len(self.layers))], level)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates
+from jaxtl.models.layers import DropPath, batch_norm, conv, drop_path_rates, group_layers
 
 
 class WideBlock(nnx.Module):
@@ -53,3 +53,15 @@ class WideResNetBackbone(nnx.Module):
       for block in getattr(self, f'group{i}'):
         x = block(x, rngs)
     return jnp.mean(nnx.relu(self.bn(x)), axis=(1, 2))
+
+  def layer_groups(self, level: str = 'block') -> list[tuple[str, ...]]:
+    """Parameter path prefixes per layer, input -> output (see `layers.group_layers`).
+
+    Stem 'conv1' first; then per block 'group<i>/<j>' ('block') or per stage
+    all blocks of 'group<i>' ('stage'). The final pre-pooling 'bn' belongs
+    to the last block.
+    """
+    stages = [[('conv1',)]] + [
+        [(f'group{i}/{j}',) for j in range(len(getattr(self, f'group{i}')))] for i in range(1, 4)]
+    stages[-1][-1] += ('bn',)
+    return group_layers(stages, level)
