@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxtl import cli, transfer  # noqa: E402
+from jaxtl import cli, plots, transfer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
@@ -33,7 +33,12 @@ def main(argv):
   path = os.path.join(workdir, 'results.json')
   with open(path, 'w') as f:
     json.dump({**results, 'config': json.loads(cfg.to_json())}, f, indent=1)
-  print(f'Results: {path}')
+  curves = {f'{m}: {transfer.describe(cfg, m)}': {k: results['accuracy'][k][m] for k in cfg.shots}
+            for m in cfg.methods}
+  plot = plots.accuracy_vs_shots(curves, os.path.join(workdir, 'accuracy_vs_shots.png'),
+                                 title=f'{cfg.data.name} {tuple(cfg.source_classes)} -> '
+                                       f'{tuple(cfg.target_classes)}')
+  print(f'Results: {path}\nPlot: {plot}')
 
 
 if __name__ == '__main__':

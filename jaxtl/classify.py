@@ -5,6 +5,7 @@ data + the shared train step + checkpoints + the loop together.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -55,6 +56,36 @@ def classification_loss(preprocess: Callable, *, label_smoothing: float = 0.0):
     loss = losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=label_smoothing)
     return loss, {'accuracy': losses.accuracy(logits, batch['label'])}
   return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledSplit:
+  """A config's train split divided into labeled / unlabeled parts, and its test split."""
+  info: data.DatasetInfo
+  train: dict[str, np.ndarray]   # every train record: 'image' uint8 (N, H, W, C), 'label' (N,)
+  test: Sequence[dict]           # the test split, a random-access source
+  labeled_idx: np.ndarray        # int (N_l,), indices into `train`
+  unlabeled_idx: np.ndarray      # int (N_u,)
+  labeled: data.ArraySource      # image, label
+  unlabeled: data.ArraySource    # image, hidden_label (for evaluation only)
+
+
+def load_labeled_split(config, *, seed: int) -> LabeledSplit:
+  """`config.data`'s splits, the train split divided by `config.labeled` (stratified, seeded).
+
+  `config.labeled.per_class` > 0 labels that many images per class, else
+  `config.labeled.fraction` of each class.
+  """
+  data_dir = config.data.data_dir or None
+  train_source, info = data.load(config.data.name, config.data.train_split, data_dir=data_dir)
+  test_source, _ = data.load(config.data.name, config.data.test_split, data_dir=data_dir)
+  arrays = data.to_arrays(train_source)
+  split = config.labeled
+  labeled_idx, unlabeled_idx = data.stratified_split(
+      arrays['label'], per_class=split.per_class or None,
+      fraction=None if split.per_class else split.fraction, seed=seed)
+  labeled, unlabeled = data.split_labeled_unlabeled(arrays, labeled_idx, unlabeled_idx)
+  return LabeledSplit(info, arrays, test_source, labeled_idx, unlabeled_idx, labeled, unlabeled)
 
 
 def build_model(model_cfg, info: data.DatasetInfo, *, seed: int, name: str | None = None,

@@ -207,16 +207,10 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
   """Teacher(s), CE-only student and one KD student per setting, for one seed: one dict per row."""
   validate(config)
   mesh = mesh or train_lib.make_mesh()
-  data_dir = config.data.data_dir or None
-  train_source, info = data.load(config.data.name, config.data.train_split, data_dir=data_dir)
-  test_source, _ = data.load(config.data.name, config.data.test_split, data_dir=data_dir)
-  arrays = data.to_arrays(train_source)
+  split = classify.load_labeled_split(config, seed=seed)
+  info, arrays, test_source = split.info, split.train, split.test
+  labeled, unlabeled = split.labeled, split.unlabeled
   test_labels = data.to_arrays(test_source, keys=('label',))['label']
-  split = config.labeled
-  labeled_idx, unlabeled_idx = data.stratified_split(
-      arrays['label'], per_class=split.per_class or None,
-      fraction=None if split.per_class else split.fraction, seed=seed)
-  labeled, unlabeled = data.split_labeled_unlabeled(arrays, labeled_idx, unlabeled_idx)
   log(f'seed {seed}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test_source)} test')
   preprocess = classify.make_preprocess(config.data.mean, config.data.std, config.augment)
   plain = classify.make_preprocess(config.data.mean, config.data.std)
@@ -272,7 +266,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
   online = config.distill.mode == 'online'
   extra = tuple(train_lib.replicate(t.variables, mesh) for t in teachers) if online else ()
   kd_labeled, kd_unlabeled = _kd_sources(config, labeled, unlabeled,
-                                         (train_logits[labeled_idx], train_logits[unlabeled_idx]))
+                                         (train_logits[split.labeled_idx], train_logits[split.unlabeled_idx]))
   for temperature, alpha in config.distill.settings:
     iterator = data.train_iterator(kd_labeled, batch_size=config.batch_size, seed=seed,
                                    num_classes=info.num_classes)

@@ -119,15 +119,8 @@ def run(config, workdir: str, *, seed: int, mesh=None, log: Callable = print) ->
   """Teacher + `config.num_rounds` Noisy Student rounds for one seed; one result dict per round."""
   validate(config)
   mesh = mesh or train_lib.make_mesh()
-  data_dir = config.data.data_dir or None
-  train_source, info = data.load(config.data.name, config.data.train_split, data_dir=data_dir)
-  test_source, _ = data.load(config.data.name, config.data.test_split, data_dir=data_dir)
-  arrays = data.to_arrays(train_source)
-  split = config.labeled
-  labeled_idx, unlabeled_idx = data.stratified_split(
-      arrays['label'], per_class=split.per_class or None,
-      fraction=None if split.per_class else split.fraction, seed=seed)
-  labeled, unlabeled = data.split_labeled_unlabeled(arrays, labeled_idx, unlabeled_idx)
+  split = classify.load_labeled_split(config, seed=seed)
+  info, test_source, labeled, unlabeled = split.info, split.test, split.labeled, split.unlabeled
   if len(unlabeled) == 0:
     raise ValueError('The unlabeled set is empty: every training example is labeled.')
   hidden = unlabeled.fields['hidden_label']
