@@ -11,6 +11,7 @@ jitted step converts (and augments) them on device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -57,6 +58,27 @@ class ArraySource(Sequence[Record]):
 
   def __getitem__(self, i):
     return {k: v[i] for k, v in self.fields.items()}
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Records `indices` (int (B,)) as a batch {key: (B, ...)}: one fancy index per field."""
+    return {k: v[indices] for k, v in self.fields.items()}
+
+
+def gather(source: Sequence[Record], indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Records `indices` of `source` as one batch {key: (B, ...)}.
+
+  Uses the source's own `gather` (in-memory sources: one fancy index per
+  field), else its batched `__getitems__` (TFDS array_record sources), else
+  one `__getitem__` per record.
+  """
+  indices = np.asarray(indices, np.int64)
+  if hasattr(source, 'gather'):
+    return source.gather(indices)
+  if hasattr(source, '__getitems__'):
+    records = source.__getitems__(indices.tolist())
+  else:
+    records = [source[int(i)] for i in indices]
+  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
 
 
 def load(name: str, split: str, *, data_dir: str | None = None) -> tuple[Sequence[Record], DatasetInfo]:
@@ -141,14 +163,36 @@ def split_labeled_unlabeled(arrays: Mapping[str, np.ndarray], labeled_idx, unlab
   return labeled, unlabeled
 
 
-def check_labels(num_classes: int):
-  """Record map that raises a ValueError naming an out-of-range label."""
-  def check(record: Record) -> Record:
-    label = int(record['label'])
-    if not 0 <= label < num_classes:
-      raise ValueError(f'Label {label} out of range [0, {num_classes}) in record {record.keys()}')
-    return record
-  return check
+def check_labels(batch: Mapping[str, np.ndarray], num_classes: int) -> None:
+  """Raises a ValueError naming the first label of `batch` outside [0, num_classes)."""
+  labels = np.asarray(batch['label'])
+  bad = (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    raise ValueError(f'Label {int(labels[bad][0])} out of range [0, {num_classes}) in a batch '
+                     f'with fields {sorted(batch)}')
+
+
+_ENDLESS = 2**62  # Steps: no training run reaches it.
+
+
+@functools.lru_cache(maxsize=8)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def epoch_order(n: int, seed: int, start: int, stop: int) -> np.ndarray:
+  """Positions [start, stop) of the training order: int64 indices into range(n).
+
+  The order is the concatenation of epochs; epoch e visits every index once,
+  in the permutation seeded by (seed, e). A batch may span two epochs (or
+  several, when n is smaller than the batch).
+  """
+  epochs, offsets = np.divmod(np.arange(start, stop, dtype=np.int64), n)
+  out = np.empty_like(offsets)
+  for e in np.unique(epochs):
+    sel = epochs == e
+    out[sel] = _permutation(n, seed, int(e))[offsets[sel]]
+  return out
 
 
 def train_iterator(source: Sequence[Record], *, batch_size: int, seed: int,
@@ -165,11 +209,20 @@ def train_iterator(source: Sequence[Record], *, batch_size: int, seed: int,
   hosts = jax.process_count()
   if batch_size % hosts:
     raise ValueError(f'batch_size {batch_size} is not divisible by the {hosts} hosts.')
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds[jax.process_index()::hosts]
-  if num_classes is not None and 'label' in source[0]:
-    ds = ds.map(check_labels(num_classes))
-  ds = ds.batch(batch_size // hosts, drop_remainder=True)
+  check = num_classes is not None and 'label' in source[0]
+  local, start = batch_size // hosts, jax.process_index() * (batch_size // hosts)
+
+  def read(step: int) -> dict[str, np.ndarray]:
+    first = step * batch_size + start
+    batch = gather(source, epoch_order(len(source), seed, first, first + local))
+    if check:
+      check_labels(batch, num_classes)
+    return batch
+
+  # Element `step` is global batch `step` of the endless stream of epochs: one
+  # Python call and one batched read per batch (grain's per-record shuffle and
+  # batching cost ~30 us per record, more than reading it).
+  ds = grain.MapDataset.range(_ENDLESS).map(read)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(options))
 
@@ -207,9 +260,9 @@ def eval_batches(source: Sequence[Record], *, batch_size: int,
   for start in range(0, len(source), batch_size):
     idx = np.arange(start + host * local, start + (host + 1) * local)
     mask = idx < len(source)
-    records = [source[int(i)] for i in idx[mask]]
-    batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
-    pad = local - len(records)
+    records = gather(source, idx[mask])
+    batch = {k: records[k] for k in keys}
+    pad = local - int(mask.sum())
     if pad:
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
     batch['mask'] = mask

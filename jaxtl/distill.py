@@ -171,6 +171,10 @@ class TeacherLogitsSource(Sequence[dict]):
     record = self.source[int(i)]
     return {**{k: record[k] for k in self.keys}, TEACHER_LOGITS: self.logits[i]}
 
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    batch = data.gather(self.source, indices)
+    return {**{k: batch[k] for k in self.keys}, TEACHER_LOGITS: self.logits[indices]}
+
 
 # ------------------------------------------------------------------ the digits scenario
 

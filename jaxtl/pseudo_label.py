@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxtl import data
+
 
 @dataclasses.dataclass(frozen=True)
 class PseudoLabels:
@@ -111,3 +113,7 @@ class PseudoLabeledSource(Sequence[dict]):
   def __getitem__(self, i):
     record = self.source[int(self.labels.indices[i])]
     return {'image': record['image'], 'target': self.labels.targets[i]}
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    batch = data.gather(self.source, self.labels.indices[indices])
+    return {'image': batch['image'], 'target': self.labels.targets[indices]}
