@@ -1,8 +1,11 @@
 """Throughput of the shared jitted train step, and whether the input pipeline keeps up.
 
-For each model (the small CNN on the bundled 8x8x1 digits, ResNet-18 with the
-small-image stem on CIFAR-sized 32x32x3 uint8 images) at one batch size it
-reports:
+For each row at one batch size: the small CNN on the bundled 8x8x1 digits,
+read as ``experiments/train.py`` reads it by default (``data.load(...,
+in_memory=True)``: decoded once into an ``ArraySource``; row ``cnn``) and
+streamed from the TFDS array_record files, every record decoded on each read
+(``in_memory=False``; row ``cnn_stream``); ResNet-18 with the small-image stem
+on CIFAR-sized 32x32x3 uint8 images in memory (row ``resnet18``). It reports:
 
 * compile: wall time of the first call of the jitted step (trace + XLA
   compile + one step), blocked with ``block_until_ready``;
@@ -28,7 +31,7 @@ Usage (from the repository root):
 
   JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/train_step.py
   JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/train_step.py \\
-      --models cnn --batch 32 --steps 10 --repeats 3
+      --rows cnn cnn_stream --batch 32 --steps 10 --repeats 3
 """
 
 import argparse
@@ -51,18 +54,17 @@ OPTIMIZER = {'name': 'momentum', 'learning_rate': 0.05, 'momentum': 0.9, 'nester
 # whole default run stays within a few minutes for ResNet-18 on a 2-core CPU.
 DEFAULT_STEPS = {'cnn': 100, 'resnet18': 1}
 DEFAULT_REPEATS = {'cnn': 7, 'resnet18': 3}
+ROWS = ('cnn', 'cnn_stream', 'resnet18')
 
 
-def digits_arrays():
-  source, info = data.load('digits', 'train')
-  return source, info, data.to_arrays(source)
-
-
-def make_source(model: str, image_size: int):
-  """(source, image_shape, num_classes, description) for `model`."""
-  source, info, arrays = digits_arrays()
-  if model == 'cnn':
-    return source, info.image_shape, info.num_classes, f'digits train (TFDS array_record), {len(source)} x 8x8x1'
+def make_source(row: str, image_size: int):
+  """(source, image_shape, num_classes, description) for `row`."""
+  stream = row == 'cnn_stream'
+  source, info = data.load('digits', 'train', in_memory=not stream)
+  if row.startswith('cnn'):
+    kind = 'TFDS array_record, decoded per read' if stream else 'in memory'
+    return source, info.image_shape, info.num_classes, f'digits train ({kind}), {len(source)} x 8x8x1'
+  arrays = source.fields
   # CIFAR-sized: digits upscaled (nearest) to image_size x image_size, 3 channels, uint8.
   images = arrays['image']                                             # (N, 8, 8, 1)
   idx = np.arange(image_size) * images.shape[1] // image_size
@@ -86,8 +88,9 @@ def build(model: str, image_shape, num_classes: int, mesh):
   return step, state, n
 
 
-def bench(model: str, args, mesh):
-  source, image_shape, num_classes, desc = make_source(model, args.image_size)
+def bench(row: str, args, mesh):
+  model = row.split('_')[0]
+  source, image_shape, num_classes, desc = make_source(row, args.image_size)
   step, state, n_params = build(model, image_shape, num_classes, mesh)
   steps = args.steps or DEFAULT_STEPS.get(model, 10)
   repeats = args.repeats or DEFAULT_REPEATS.get(model, 5)
@@ -139,7 +142,7 @@ def bench(model: str, args, mesh):
   host_rate = host_n / (time.perf_counter() - t)
 
   dev_sps, pipe_sps = statistics.median(dev), statistics.median(pipe)
-  return dict(model=model, desc=desc, params=n_params, steps=steps, repeats=repeats,
+  return dict(row=row, desc=desc, params=n_params, steps=steps, repeats=repeats,
               compile_s=compile_s,
               dev_sps=dev_sps, img_s=dev_sps * args.batch, pipe_sps=pipe_sps,
               host_bps=host_rate, ratio=statistics.median(ratios),
@@ -155,8 +158,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=None,
                       help='chunks per measurement, alternating pipeline / on-device '
                       f'(default per model: {DEFAULT_REPEATS})')
-  parser.add_argument('--models', nargs='+', default=['cnn', 'resnet18'],
-                      choices=['cnn', 'resnet18'])
+  parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=ROWS)
   parser.add_argument('--image-size', type=int, default=32,
                       help='side of the CIFAR-sized images for resnet18')
   args = parser.parse_args()
@@ -169,13 +171,13 @@ def main():
         f'steps/chunk={args.steps or DEFAULT_STEPS} image-size={args.image_size} '
         f'optimizer={OPTIMIZER["name"]}; train_iterator defaults (num_threads=2, prefetch=8)')
   results = []
-  for model in args.models:
-    res = bench(model, args, mesh)
-    print(f'  {model}: {res["params"]:,} params, {res["desc"]}, steps/chunk={res["steps"]} x {res["repeats"]} repeats, '
+  for row in args.rows:
+    res = bench(row, args, mesh)
+    print(f'  {row}: {res["params"]:,} params, {res["desc"]}, steps/chunk={res["steps"]} x {res["repeats"]} repeats, '
           f'final loss {res["loss"]:.3f}', flush=True)
     results.append(res)
 
-  header = (f'{"model":>9} {"image":>8} {"batch":>5} {"compile s":>9} {"dev step/s":>10} '
+  header = (f'{"row":>10} {"image":>8} {"batch":>5} {"compile s":>9} {"dev step/s":>10} '
             f'{"dev img/s":>9} {"pipe step/s":>11} {"host bat/s":>10} {"pipe/dev":>8} '
             f'{"(min-max)":>11}  vs {TARGET}')
   print(header)
@@ -184,7 +186,7 @@ def main():
     shape = 'x'.join(map(str, r['image_shape']))
     verdict = 'PASS' if r['ratio'] >= TARGET else 'FAIL'
     spread = f'{r["ratio_min"]:.2f}-{r["ratio_max"]:.2f}'
-    print(f'{r["model"]:>9} {shape:>8} {args.batch:>5} {r["compile_s"]:>9.2f} '
+    print(f'{r["row"]:>10} {shape:>8} {args.batch:>5} {r["compile_s"]:>9.2f} '
           f'{r["dev_sps"]:>10.2f} {r["img_s"]:>9.0f} {r["pipe_sps"]:>11.2f} '
           f'{r["host_bps"]:>10.1f} {r["ratio"]:>8.3f} '
           f'{spread:>11}  {verdict}')

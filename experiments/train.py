@@ -22,7 +22,8 @@ def main(argv):
   cli.setup()
   cfg = _CONFIG.value
   data_dir = cfg.data.data_dir or None
-  train_source, info = data.load(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
+  train_source, info = data.load(cfg.data.name, cfg.data.train_split, data_dir=data_dir,
+                                 in_memory=cfg.data.in_memory)
   test_source, _ = data.load(cfg.data.name, cfg.data.test_split, data_dir=data_dir)
   mesh = train_lib.make_mesh()
   model = classify.build_model(cfg.model, info, seed=cfg.seed)

@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       test_split='test',
       mean=0.5, std=0.5,      # Per-channel (tuple) or scalar, on images scaled to [0, 1].
+      in_memory=True,         # train.py: decode the train split once; False streams it from
+                              # array_record each epoch (splits larger than host memory).
   )
   c.model = dict(name='cnn', dropout=0.0, kwargs=ml_collections.ConfigDict())
   c.optimizer = dict(

@@ -74,6 +74,8 @@ def gather(source: Sequence[Record], indices: np.ndarray) -> dict[str, np.ndarra
   indices = np.asarray(indices, np.int64)
   if hasattr(source, 'gather'):
     return source.gather(indices)
+  if len(indices) == 0:
+    raise ValueError(f'No records to gather from {type(source).__name__} (no indices given).')
   if hasattr(source, '__getitems__'):
     records = source.__getitems__(indices.tolist())
   else:
@@ -81,12 +83,15 @@ def gather(source: Sequence[Record], indices: np.ndarray) -> dict[str, np.ndarra
   return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
 
 
-def load(name: str, split: str, *, data_dir: str | None = None) -> tuple[Sequence[Record], DatasetInfo]:
+def load(name: str, split: str, *, data_dir: str | None = None,
+         in_memory: bool = False) -> tuple[Sequence[Record], DatasetInfo]:
   """Random-access source and info for TFDS dataset `name` / `split`.
 
   'digits' is prepared offline on first use. Other names must already be
   prepared in array_record format under `data_dir`; otherwise the error says
-  how to prepare them.
+  how to prepare them. `in_memory`: decode every record once into an
+  `ArraySource` (no per-epoch decoding; for splits that fit in host memory
+  and have fixed-shape features), else read and decode records on demand.
   """
   import tensorflow_datasets as tfds
   tfds.display_progress_bar(False)
@@ -119,13 +124,15 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> tuple[Sequenc
   info = DatasetInfo(name, int(features['label'].num_classes), tuple(features['image'].shape))
   if None in info.image_shape:
     info = dataclasses.replace(info, image_shape=tuple(np.shape(source[0]['image'])))
+  if in_memory:
+    source = ArraySource(**to_arrays(source, keys=tuple(features.keys())))
   return source, info
 
 
 def to_arrays(source: Sequence[Record], keys: Sequence[str] = ('image', 'label')) -> dict[str, np.ndarray]:
   """Materialises `keys` of every record: {key: (N, ...)}. For small datasets."""
-  records = [source[i] for i in range(len(source))]
-  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
+  batch = gather(source, np.arange(len(source)))
+  return {k: batch[k] for k in keys}
 
 
 def stratified_split(labels: np.ndarray, *, per_class: int | None = None,

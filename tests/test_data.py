@@ -33,6 +33,24 @@ def test_digits_builder_split_and_reuse(digits, data_dir):
   assert mtimes == [os.path.getmtime(os.path.join(data_dir, 'digits', '1.0.0', f)) for f in files]
 
 
+def test_in_memory_load_and_batched_reads_equal_record_reads(digits):
+  train = digits[0]
+  memory, _ = data.load('digits', 'train', in_memory=True)
+  assert isinstance(memory, data.ArraySource) and len(memory) == len(train)
+  idx = np.array([5, 0, 1436, 5])
+  for source in (train, memory):
+    batch = data.gather(source, idx)
+    for j, i in enumerate(idx):
+      np.testing.assert_array_equal(batch['image'][j], train[int(i)]['image'])
+      assert batch['label'][j] == train[int(i)]['label']
+  a = next(data.train_iterator(train, batch_size=32, seed=4, num_classes=10))
+  b = next(data.train_iterator(memory, batch_size=32, seed=4, num_classes=10))
+  for k in ('image', 'label'):
+    np.testing.assert_array_equal(a[k], b[k])
+  with pytest.raises(ValueError, match='No records to gather'):
+    data.gather(train, np.array([], np.int64))
+
+
 def test_unknown_and_unprepared_datasets_explain_themselves(tmp_path):
   with pytest.raises(ValueError, match="Unknown TFDS dataset 'no_such_dataset'"):
     data.load('no_such_dataset', 'train', data_dir=str(tmp_path))
