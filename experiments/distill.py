@@ -13,14 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app  # noqa: E402
 
 from jaxtl import cli, distill  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.define_flags()
 
 
 def main(argv):

@@ -12,16 +12,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from jaxtl import cli, metrics, noisy_student, plots  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the plot go.')
+_CONFIG, _WORKDIR = cli.define_flags('Where checkpoints, metrics and the plot go.')
 _COMPARE_TO = flags.DEFINE_string(
     'compare_to', None, 'Workdir of another finished run (e.g. the pseudo_label.py baseline) to '
     'draw in the same plot.')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):

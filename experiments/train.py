@@ -6,15 +6,12 @@ Rerunning the same command resumes from the latest checkpoint in --workdir.
 
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from jaxtl import classify, cli, config as config_lib, data, metrics
 from jaxtl import train as train_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG, _WORKDIR = cli.define_flags('Where checkpoints and metrics go.')
 
 
 def main(argv):
