@@ -47,7 +47,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -251,9 +250,7 @@ def main():
   args = parser.parse_args()
 
   mesh = train_lib.make_mesh()
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.device_count()} device(s): {jax.devices()[0].device_kind}; '
-        f'host CPUs {os.cpu_count()}')
+  print(train_lib.device_summary())
   print(f'config: {vars(args)}')
   if args.part in ('loss', 'all'):
     bench_loss(args)

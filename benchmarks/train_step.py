@@ -35,7 +35,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -164,9 +163,7 @@ def main():
   args = parser.parse_args()
 
   mesh = train_lib.make_mesh()
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.device_count()} device(s): {jax.devices()[0].device_kind}; '
-        f'host CPUs {os.cpu_count()}')
+  print(train_lib.device_summary())
   print(f'config: batch={args.batch} repeats={args.repeats or DEFAULT_REPEATS} '
         f'steps/chunk={args.steps or DEFAULT_STEPS} image-size={args.image_size} '
         f'optimizer={OPTIMIZER["name"]}; train_iterator defaults (num_threads=2, prefetch=8)')

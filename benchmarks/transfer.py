@@ -45,7 +45,6 @@ Usage (from the repository root):
 
 import argparse
 import itertools
-import os
 import statistics
 import time
 
@@ -124,9 +123,7 @@ def main():
 
   mesh = train_lib.make_mesh()
   config = config_lib.base_config()
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.device_count()} device(s): {jax.devices()[0].device_kind}; '
-        f'host CPUs {os.cpu_count()}')
+  print(train_lib.device_summary())
   print(f'config: model={args.model} image={"x".join(map(str, image_shape))} uint8 (random) '
         f'classes={NUM_CLASSES} batch={args.batch} epoch={args.epoch} images ({epoch_steps} steps) '
         f'steps/chunk full,head={steps} probe={probe_steps} repeats={repeats} '

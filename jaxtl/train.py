@@ -145,6 +145,13 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, loss_
 
 # ------------------------------------------------------------------ devices
 
+def device_summary() -> str:
+  """One line naming the jax version, backend, devices and host CPUs (for benchmark headers)."""
+  import os
+  return (f'jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} '
+          f'device(s): {jax.devices()[0].device_kind}; host CPUs {os.cpu_count()}')
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """1-D mesh with axis 'data' over all (or the given) devices."""
   devices = list(devices if devices is not None else jax.devices())

@@ -1,9 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
 from jaxtl import classify, data, loop, optim
 from jaxtl import train as train_lib

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
