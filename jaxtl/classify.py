@@ -11,7 +11,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxtl import data, losses, optim, randaugment
@@ -62,11 +61,8 @@ def classification_loss(preprocess: Callable, *, label_smoothing: float = 0.0):
 class LabeledSplit:
   """A config's train split divided into labeled / unlabeled parts, and its test split."""
   info: data.DatasetInfo
-  train: dict[str, np.ndarray]   # every train record: 'image' uint8 (N, H, W, C), 'label' (N,)
   test: Sequence[dict]           # the test split, a random-access source
-  labeled_idx: np.ndarray        # int (N_l,), indices into `train`
-  unlabeled_idx: np.ndarray      # int (N_u,)
-  labeled: data.ArraySource      # image, label
+  labeled: data.ArraySource      # image uint8 (N_l, H, W, C), label (N_l,)
   unlabeled: data.ArraySource    # image, hidden_label (for evaluation only)
 
 
@@ -85,7 +81,7 @@ def load_labeled_split(config, *, seed: int) -> LabeledSplit:
       arrays['label'], per_class=split.per_class or None,
       fraction=None if split.per_class else split.fraction, seed=seed)
   labeled, unlabeled = data.split_labeled_unlabeled(arrays, labeled_idx, unlabeled_idx)
-  return LabeledSplit(info, arrays, test_source, labeled_idx, unlabeled_idx, labeled, unlabeled)
+  return LabeledSplit(info, test_source, labeled, unlabeled)
 
 
 def build_model(model_cfg, info: data.DatasetInfo, *, seed: int, name: str | None = None,

@@ -197,14 +197,15 @@ def _student(config, info, seed):
                       seed=seed, dropout=s.dropout, **s.kwargs)
 
 
-def _kd_sources(config, labeled, unlabeled, logits):
-  """Student sources (labeled, unlabeled or None); cached mode adds the teacher logits
-  `logits` = (labeled (N_l, K, C), unlabeled (N_u, K, C))."""
-  unlabeled = data.ArraySource(image=unlabeled.fields['image']) if len(unlabeled) else None
+def _kd_sources(config, split, cache: Callable):
+  """Student sources (labeled, unlabeled or None) of `split`; in cached mode with the
+  teachers' logits (N, K, C), computed once by `cache(source)`."""
+  labeled = split.labeled
+  unlabeled = data.ArraySource(image=split.unlabeled.fields['image']) if len(split.unlabeled) else None
   if config.distill.mode == 'online':
     return labeled, unlabeled
-  return (TeacherLogitsSource(labeled, logits[0]),
-          unlabeled and TeacherLogitsSource(unlabeled, logits[1], keys=('image',)))
+  return (TeacherLogitsSource(labeled, cache(labeled)),
+          unlabeled and TeacherLogitsSource(unlabeled, cache(unlabeled), keys=('image',)))
 
 
 def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
@@ -212,7 +213,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
   validate(config)
   mesh = mesh or train_lib.make_mesh()
   split = classify.load_labeled_split(config, seed=seed)
-  info, arrays, test_source = split.info, split.train, split.test
+  info, test_source = split.info, split.test
   labeled, unlabeled = split.labeled, split.unlabeled
   test_labels = data.to_arrays(test_source, keys=('label',))['label']
   log(f'seed {seed}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test_source)} test')
@@ -251,8 +252,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
       teachers.append(Teacher.from_state(model_def, state))
   cache = lambda src: cache_teacher_logits(teachers, src, plain,
                                                    batch_size=config.eval_batch_size, mesh=mesh)
-  train_logits, test_logits = cache(data.ArraySource(image=arrays['image'])), cache(test_source)
-  teacher_pred = np.argmax(losses.ensemble_soft_targets(test_logits.swapaxes(0, 1), 1.0), -1)
+  teacher_pred = np.argmax(losses.ensemble_soft_targets(cache(test_source).swapaxes(0, 1), 1.0), -1)
   report('teacher', teacher_model, teacher_pred, time.perf_counter() - start)
 
   def evaluate(state, predict):
@@ -269,8 +269,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
   # The same student (same init, labeled batches and seed), distilled.
   online = config.distill.mode == 'online'
   extra = tuple(train_lib.replicate(t.variables, mesh) for t in teachers) if online else ()
-  kd_labeled, kd_unlabeled = _kd_sources(config, labeled, unlabeled,
-                                         (train_logits[split.labeled_idx], train_logits[split.unlabeled_idx]))
+  kd_labeled, kd_unlabeled = _kd_sources(config, split, cache)
   for temperature, alpha in config.distill.settings:
     iterator = data.train_iterator(kd_labeled, batch_size=config.batch_size, seed=seed,
                                    num_classes=info.num_classes)
