@@ -59,7 +59,10 @@ def test_rounds_grow_students_and_report_pseudo_labels(finished):
 def test_rerun_restores_finished_rounds_without_training(finished):
   workdir, results = finished
   mtime = os.path.getmtime(os.path.join(workdir, 'round_2', 'metrics.jsonl'))
-  again = noisy_student.run(tiny_config(), workdir, seed=0, log=lambda *_: None)
+  # Bookkeeping keys (the seed list, logging and checkpoint cadence) may change on a rerun.
+  extended = tiny_config()
+  extended.seeds, extended.log_every, extended.checkpoint_every = (0, 1), 5, 20
+  again = noisy_student.run(extended, workdir, seed=0, log=lambda *_: None)
   assert [r['test_accuracy'] for r in again] == [r['test_accuracy'] for r in results]
   assert os.path.getmtime(os.path.join(workdir, 'round_2', 'metrics.jsonl')) == mtime
   changed = tiny_config()
@@ -68,31 +71,37 @@ def test_rerun_restores_finished_rounds_without_training(finished):
     noisy_student.run(changed, workdir, seed=0, log=lambda *_: None)
 
 
-def test_eight_devices_give_the_same_round_metrics_as_one(finished, tmp_path):
-  workdir8, results8 = finished
+def test_eight_devices_give_the_same_round_metrics_as_one(tmp_path):
+  """Same global batches on 8 devices and on 1: every round float-close, pseudo-labels included.
+
+  Soft pseudo-labels without balancing keep the whole job a continuous function
+  of the teacher's logits, so float-close teachers give float-close targets in
+  every round. (Hard labels and class balancing take an argmax: with these
+  barely trained models a near-tied argmax can flip, after which the two runs
+  legitimately train on different targets.)
+  """
   assert jax.device_count() == 8
-  results1 = noisy_student.run(tiny_config(), str(tmp_path), seed=0, log=lambda *_: None,
-                               mesh=train_lib.make_mesh(jax.devices()[:1]))
-  same_targets = {0: True}
+  c = tiny_config()
+  c.pseudo_label.mode, c.pseudo_label.balance, c.pseudo_label.label_smoothing = 'soft', False, 0.0
+  dirs = {n: str(tmp_path / f'devices_{n}') for n in (8, 1)}
+  results = {n: noisy_student.run(c, dirs[n], seed=0, log=lambda *_: None,
+                                  mesh=train_lib.make_mesh(jax.devices()[:n])) for n in (8, 1)}
   for r in (1, 2):
-    with np.load(os.path.join(workdir8, f'round_{r}', 'pseudo_labels.npz')) as a, \
-         np.load(os.path.join(str(tmp_path), f'round_{r}', 'pseudo_labels.npz')) as b:
-      same_targets[r] = a['indices'].shape == b['indices'].shape and np.array_equal(a['targets'], b['targets'])
-  # Round 1 is labeled by float-close teachers: the pseudo-labels must be identical. Later
-  # rounds of these barely trained models can flip a near-tied argmax and then legitimately
-  # train on other targets, so their losses are compared only when the targets agree.
-  assert same_targets[1]
-  for r in (r for r, same in same_targets.items() if same):
-    log8 = metrics.read_jsonl(os.path.join(workdir8, f'round_{r}', 'metrics.jsonl'))
-    log1 = metrics.read_jsonl(os.path.join(str(tmp_path), f'round_{r}', 'metrics.jsonl'))
+    with np.load(os.path.join(dirs[8], f'round_{r}', 'pseudo_labels.npz')) as a, \
+         np.load(os.path.join(dirs[1], f'round_{r}', 'pseudo_labels.npz')) as b:
+      np.testing.assert_array_equal(a['indices'], b['indices'])
+      np.testing.assert_allclose(a['targets'], b['targets'], atol=1e-4)
+  for r in (0, 1, 2):
     loss = f'round {r}/loss'
+    log8, log1 = (metrics.read_jsonl(os.path.join(dirs[n], f'round_{r}', 'metrics.jsonl')) for n in (8, 1))
     np.testing.assert_allclose([m[loss] for m in log8 if loss in m],
-                               [m[loss] for m in log1 if loss in m], rtol=2e-3)
-  # Accuracies sit on near-ties too: allow a few of the 360 test images.
-  for a, b in zip(results8, results1):
-    assert abs(a['test_accuracy'] - b['test_accuracy']) <= 2.0
+                               [m[loss] for m in log1 if loss in m], rtol=1e-3)
+  # Test predictions of these barely trained models sit on near-ties: a float-level
+  # difference may flip a few of the 360 test images (1 point = 3.6 images).
+  for a, b in zip(results[8], results[1]):
+    assert abs(a['test_accuracy'] - b['test_accuracy']) <= 1.0, (a, b)
     if a['round']:
-      assert abs(a['pseudo_label_accuracy'] - b['pseudo_label_accuracy']) <= 2.0
+      assert abs(a['pseudo_label_accuracy'] - b['pseudo_label_accuracy']) <= 1.0, (a, b)
 
 
 def test_killed_job_resumes_in_the_same_round_and_step(finished, tmp_path):
