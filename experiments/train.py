@@ -31,7 +31,7 @@ def main(argv):
   num_steps = config_lib.num_train_steps(cfg, len(train_source))
   state, _, predict = classify.train_model(
       cfg, model, loss_fn, iterator, num_steps=num_steps, workdir=_WORKDIR.value, mesh=mesh,
-      meta={'config': cfg.to_json()})
+      meta=config_lib.run_meta(cfg))
   variables = train_lib.eval_variables(state)
   rows = [(split, f'{100 * train_lib.evaluate(predict, variables, src, batch_size=cfg.eval_batch_size, mesh=mesh)["accuracy"]:.2f}')
           for split, src in (('train', train_source), ('test', test_source))]

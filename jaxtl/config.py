@@ -6,7 +6,14 @@ file or in a `--config.key=value` override raises an error naming the key.
 
 from __future__ import annotations
 
+import json
+from typing import Sequence
+
 import ml_collections
+
+# Keys that change how a run is driven or logged, not what it computes: a checkpoint
+# written under other values of them is resumed (e.g. a run extended to more seeds).
+BOOKKEEPING = ('seeds', 'log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_batch_size')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,9 +47,24 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Locks `config` (unknown keys then raise) except the free-form model kwargs."""
+  """Locks `config`: setting a key it does not have, model kwargs included, then raises.
+
+  A config file lists every model kwarg it may override (`model.kwargs`).
+  """
   config.lock()
   return config
+
+
+def run_meta(config: ml_collections.ConfigDict, *, keys: Sequence[str] | None = None,
+             skip: Sequence[str] = (), **extra) -> dict:
+  """The record a checkpoint keeps of its run; `jaxtl.loop.fit` refuses to resume on a mismatch.
+
+  {'config': the top-level entries of `config` named in `keys` (default:
+  all but `BOOKKEEPING` and `skip`), **extra}.
+  """
+  cfg = json.loads(config.to_json())
+  keep = (lambda k: k in keys) if keys is not None else (lambda k: k not in (*BOOKKEEPING, *skip))
+  return {'config': {k: v for k, v in cfg.items() if keep(k)}, **extra}
 
 
 def num_train_steps(config, num_examples: int) -> int:

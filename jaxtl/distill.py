@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtl import classify, data, losses, metrics, pretrained
+from jaxtl import config as config_lib
 from jaxtl import train as train_lib
 from jaxtl.models import Classifier, create_model, num_params
 
@@ -229,7 +230,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log=print) -> list[dict]:
     state, model_def, predict = classify.train_model(
         config, model, loss_fn, iterator, num_steps=num_steps, mesh=mesh, seed=model_seed,
         workdir=os.path.join(workdir, name), extra=extra, desc=name,
-        meta={'config': config.to_json(), 'seed': seed, 'run': name})
+        meta=config_lib.run_meta(config, seed=seed, run=name))
     return state, model_def, predict, time.perf_counter() - start
 
   def report(name, model, test_pred, seconds, temperature=None, alpha=None):

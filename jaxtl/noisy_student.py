@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl import classify, data, losses, pseudo_label
+from jaxtl import config as config_lib
 from jaxtl import train as train_lib
 from jaxtl.models import num_params
 
@@ -126,7 +127,7 @@ def run(config, workdir: str, *, seed: int, mesh=None, log: Callable = print) ->
   hidden = unlabeled.fields['hidden_label']
   evaluate = lambda m: 100 * train_lib.evaluate(m.predict, m.variables, test_source,
                                                 batch_size=config.eval_batch_size, mesh=mesh)['accuracy']
-  meta = lambda r: {'config': config.to_json(), 'seed': seed, 'round': r}
+  meta = lambda r: config_lib.run_meta(config, seed=seed, round=r)
   log(f'seed {seed}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test_source)} test')
 
   # Round 0: the supervised teacher, trained here or loaded from config.teacher_checkpoint.

@@ -28,7 +28,6 @@ transfer to the target classes with k labeled images per class.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -36,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtl import classify, data, metrics, optim, pretrained
+from jaxtl import config as config_lib
 from jaxtl import train as train_lib
 from jaxtl.models import Classifier
 
@@ -271,11 +271,7 @@ PRETRAIN_KEYS = ('seed', 'data', 'model', 'optimizer', 'ema_decay', 'augment', '
 def _meta(config, keys: Sequence[str] | None = None, **extra) -> dict:
   """What must match to resume a run: `keys` of the config (default: all but bookkeeping and
   the other methods' blocks), plus `extra`."""
-  skip = ('seeds', 'methods', 'shots', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-          'eval_batch_size') + METHODS
-  cfg = json.loads(config.to_json())
-  keep = (lambda k: k in keys) if keys is not None else (lambda k: k not in skip)
-  return {'config': {k: v for k, v in cfg.items() if keep(k)}, **extra}
+  return config_lib.run_meta(config, keys=keys, skip=('methods', 'shots') + METHODS, **extra)
 
 
 def pretrain(config, train_arrays, test_arrays, workdir: str, *, mesh) -> float:
