@@ -23,59 +23,9 @@ import time
 
 import jax
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
 
 from jaxtl import randaugment as ra
-
-_ENHANCE = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
-            "brightness": ImageEnhance.Brightness,
-            "sharpness": ImageEnhance.Sharpness}
-
-
-def pil_op(image, name, level, sign, fill):
-  """Op ``name`` at ``level`` (0-30) on a PIL image, as in jaxtl."""
-  m = level / 30
-  width, height = image.size
-  fillcolor = fill if image.mode == "L" else (fill,) * 3
-
-  def affine(matrix):
-    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST,
-                           fillcolor=fillcolor)
-
-  if name == "identity":
-    return image
-  if name == "autocontrast":
-    return ImageOps.autocontrast(image)
-  if name == "equalize":
-    return ImageOps.equalize(image)
-  if name == "rotate":
-    return image.rotate(sign * m * 30, Image.NEAREST, fillcolor=fillcolor)
-  if name == "solarize":
-    return ImageOps.solarize(image, 256 - m * 256)
-  if name == "posterize":
-    return ImageOps.posterize(image, 8 - int(m * 4))
-  if name in _ENHANCE:
-    return _ENHANCE[name](image).enhance(1 + sign * m * 0.9)
-  if name == "shear_x":
-    return affine((1, sign * m * 0.3, 0, 0, 1, 0))
-  if name == "shear_y":
-    return affine((1, 0, 0, sign * m * 0.3, 1, 0))
-  if name == "translate_x":
-    return affine((1, 0, sign * m * 0.45 * width, 0, 1, 0))
-  if name == "translate_y":
-    return affine((1, 0, 0, 0, 1, sign * m * 0.45 * height))
-  raise ValueError(name)
-
-
-def pil_randaugment_batch(images, policy, fill):
-  """Applies per-example ``(indices, levels, signs)`` with PIL, one by one."""
-  out = np.empty_like(images)
-  for i, (indices, levels, signs) in enumerate(zip(*policy)):
-    image = Image.fromarray(images[i])
-    for index, level, sign in zip(indices, levels, signs):
-      image = pil_op(image, ra.OPS[index], float(level), float(sign), fill)
-    out[i] = np.asarray(image)
-  return out
+from jaxtl.randaugment_pil import pil_randaugment_batch
 
 
 def median_seconds(fn, repeats):

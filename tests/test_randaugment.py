@@ -1,8 +1,9 @@
 """Tests for jaxtl.randaugment against PIL (Pillow) on real images.
 
 Every op is compiled once per image set and run on all images x levels x
-signs in one vmapped call; the PIL reference applies the same level -> op
-argument mapping (written out independently below) image by image.
+signs in one vmapped call; the PIL reference (`jaxtl.randaugment_pil`, written
+from the PIL API independently of the JAX code) applies the same level -> op
+argument mapping image by image.
 """
 
 import functools
@@ -16,6 +17,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from sklearn.datasets import load_digits
 
 from jaxtl import randaugment as ra
+from jaxtl.randaugment_pil import pil_op
 
 FILL = 128
 LEVELS = (0.0, 4.0, 10.0, 17.5, 20.0, 27.0, 30.0)
@@ -55,44 +57,6 @@ def image_sets():
 
 def to_pil(image):
   return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def pil_op(image, name, level, sign, fill=FILL):
-  """Reference: op ``name`` at ``level`` (0-30) on a PIL image."""
-  m = level / 30
-  width, height = image.size
-  fillcolor = fill if image.mode == "L" else (fill,) * 3
-
-  def affine(matrix):
-    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST,
-                           fillcolor=fillcolor)
-
-  enhance = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
-             "brightness": ImageEnhance.Brightness,
-             "sharpness": ImageEnhance.Sharpness}
-  if name == "identity":
-    return image
-  if name == "autocontrast":
-    return ImageOps.autocontrast(image)
-  if name == "equalize":
-    return ImageOps.equalize(image)
-  if name == "rotate":
-    return image.rotate(sign * m * 30, Image.NEAREST, fillcolor=fillcolor)
-  if name == "solarize":
-    return ImageOps.solarize(image, 256 - m * 256)
-  if name == "posterize":
-    return ImageOps.posterize(image, 8 - int(m * 4))
-  if name in enhance:
-    return enhance[name](image).enhance(1 + sign * m * 0.9)
-  if name == "shear_x":
-    return affine((1, sign * m * 0.3, 0, 0, 1, 0))
-  if name == "shear_y":
-    return affine((1, 0, 0, sign * m * 0.3, 1, 0))
-  if name == "translate_x":
-    return affine((1, 0, sign * m * 0.45 * width, 0, 1, 0))
-  if name == "translate_y":
-    return affine((1, 0, 0, 0, 1, sign * m * 0.45 * height))
-  raise ValueError(name)
 
 
 def pil_array(pil_image, shape):
