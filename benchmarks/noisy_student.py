@@ -13,14 +13,15 @@ import sys
 import tempfile
 import time
 
+os.environ.setdefault('TQDM_DISABLE', '1')  # Progress bars would bury the table.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import jax  # noqa: E402
 
 from jaxtl import metrics, noisy_student  # noqa: E402
+from jaxtl import train as train_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'experiments/configs/noisy_student.py')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the run.')
@@ -42,7 +43,8 @@ def main(argv):
     rows.append((r['round'], r['model'].split(' ')[0], f"{r['params']:,}", f'{wall:.1f}',
                  f"{100 * s['input'] / wall:.1f}", f'{100 * labeling / wall:.1f}',
                  f"{100 * (s['train'] - s['input']) / wall:.1f}", f"{r['test_accuracy']:.2f}"))
-  print(f'backend={jax.default_backend()} devices={jax.device_count()} seed={_SEED.value} '
+  print(train_lib.device_summary())
+  print(f'seed={_SEED.value} '
         f'teacher_steps={cfg.teacher_steps} student_steps={cfg.student_steps} '
         f'batch={cfg.batch_size}+{cfg.batch_size * cfg.unlabeled_ratio}')
   print(metrics.table(rows, ['round', 'model', 'params', 'wall s', 'input %', 'pseudo-label %',

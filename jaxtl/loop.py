@@ -113,8 +113,10 @@ def fit(state: train_lib.TrainState, train_step: Callable, iterator: Iterator, *
   step = int(jax.device_get(state.step))
   last_good = checkpointer.latest_step() if checkpointer else None
   pending, summary = [], {}
-  bar = tqdm.tqdm(total=num_steps, initial=step, desc=desc, mininterval=2.0,
-                  disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
+  # Only host 0 draws a bar; there, tqdm's own default (TQDM_DISABLE=1 turns it off) applies.
+  quiet = {} if jax.process_index() == 0 else {'disable': True}
+  bar = tqdm.tqdm(total=num_steps, initial=step, desc=desc, mininterval=2.0, leave=False,
+                  dynamic_ncols=True, **quiet)
   try:
     with _SigtermFlag() as sigterm:
       while step < num_steps:
