@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-
 from jaxtl import metrics, noisy_student  # noqa: E402
 from jaxtl import train as train_lib  # noqa: E402
 
